@@ -1,0 +1,39 @@
+# flask-tasks developer commands. Everything installs itself into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+PORT ?= 5000
+
+.PHONY: install demo test pytest lint bench bench-quick clean chromium
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e . --group dev
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: run the quickstart on the embedded default (no Redis needed)
+demo: $(STAMP)
+	@echo "flask-tasks quickstart: open http://127.0.0.1:$(PORT)/  (Ctrl+C stops it)"
+	cd examples/quickstart && ../../$(PY) -m flask --app quickstart run --port $(PORT)
+
+## make test: lint, type-check and run the whole test suite
+test: lint pytest
+
+pytest: $(STAMP) chromium
+	$(PY) -m pytest
+
+# Browser tests need Debian's Chromium; install it when we can (root), else they skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || apt-get install -y chromium >/dev/null 2>&1 || (apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1) || echo "note: could not install chromium; browser tests will be skipped"
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests examples benchmarks
+	$(PY) -m ruff format --check src tests examples benchmarks
+	$(PY) -m mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
