@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 
 from conftest import AppFactory, require_redis
-from flask_tasks import BrokerUnavailable, PublishError, Tasks, TasksError
+from flask_tasks import BrokerUnavailable, ConfigError, PublishError, Tasks, TasksError
 
 tasks = Tasks()
 
@@ -159,7 +159,7 @@ def test_refused_arguments_never_reach_redis(make_app: AppFactory) -> None:
         client.close()
 
 
-def test_pickle_is_refused_unless_opted_into(make_app: AppFactory) -> None:
+def test_pickle_is_refused(make_app: AppFactory) -> None:
     app = make_app()
     tasks.init_app(app)
     conf = app.extensions["celery"].conf
@@ -168,5 +168,5 @@ def test_pickle_is_refused_unless_opted_into(make_app: AppFactory) -> None:
     opted = make_app(
         TASKS_CELERY={"task_serializer": "pickle", "accept_content": ["json", "pickle"]}
     )
-    Tasks(opted)
-    assert opted.extensions["celery"].conf.task_serializer == "pickle"
+    with pytest.raises(ConfigError, match="task_serializer = 'pickle' is refused"):
+        Tasks(opted)

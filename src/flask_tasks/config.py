@@ -67,6 +67,12 @@ def _positive_int(key: str, value: Any) -> int:
     return value
 
 
+def _count_or_zero(key: str, value: Any) -> int:
+    if value in (0, "0"):
+        return 0
+    return _positive_int(key, value)
+
+
 def _positive_seconds(key: str, value: Any) -> float:
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
@@ -248,6 +254,14 @@ SETTINGS: tuple[Setting, ...] = (
         "crontab(...), 'args': [...], 'kwargs': {...}}}. Run by `flask tasks beat`.",
     ),
     Setting(
+        "TASKS_SSE_MAX_PER_CLIENT",
+        20,
+        _count_or_zero,
+        "Most event streams (`GET <prefix>/<id>/events`) one client may hold open in one web "
+        "process; more get a 429 with `Retry-After`. A client is its owner (see "
+        "`owner_loader`), else its remote address. 0: no limit.",
+    ),
+    Setting(
         "TASKS_REQUEST_HEADERS",
         ("Accept-Language",),
         _header_names,
@@ -343,6 +357,8 @@ class Settings:
     schedule: dict[str, Any]
     """TASKS_SCHEDULE as given (checked and merged into beat_schedule by init_app)."""
     request_headers: tuple[str, ...]
+    sse_max_per_client: int
+    """Most event streams one client may hold open in one process (0: no limit)."""
     celery: dict[str, Any] = field(repr=False)
     """The complete Celery configuration to apply."""
 
@@ -449,6 +465,8 @@ def resolve(config: Mapping[str, Any], *, instance_path: str) -> Settings:
     if own["TASKS_RESULT_BACKEND"] is not None:
         celery["result_backend"] = own["TASKS_RESULT_BACKEND"]
 
+    _refuse_pickle(celery)
+
     embedded_path = None
     if not celery.get("broker_url"):
         embedded_path = os.path.abspath(os.path.join(instance_path, EMBEDDED_FILENAME))
@@ -504,8 +522,36 @@ def resolve(config: Mapping[str, Any], *, instance_path: str) -> Settings:
         dashboard=own["TASKS_DASHBOARD"],
         schedule=own["TASKS_SCHEDULE"],
         request_headers=own["TASKS_REQUEST_HEADERS"],
+        sse_max_per_client=own["TASKS_SSE_MAX_PER_CLIENT"],
         celery=celery,
     )
+
+
+_PICKLE_NAMES = {"pickle", "application/x-python-serialize"}
+_SERIALIZER_SETTINGS = ("task_serializer", "result_serializer", "event_serializer")
+_ACCEPT_SETTINGS = ("accept_content", "result_accept_content", "event_accept_content")
+
+
+def _refuse_pickle(celery: Mapping[str, Any]) -> None:
+    """Pickle turns a message into code execution for anyone who can write to the broker
+    (or the result backend): flask-tasks sends, accepts and stores JSON only."""
+    for name in _SERIALIZER_SETTINGS:
+        value = celery.get(name)
+        if isinstance(value, str) and value.lower() in _PICKLE_NAMES:
+            raise ConfigError(
+                f"The Celery setting {name} = {value!r} is refused: a pickled message runs "
+                "code for anyone who can write to the broker. flask-tasks sends JSON only; "
+                "pass plain JSON data (ids, strings, numbers) and drop the setting."
+            )
+    for name in _ACCEPT_SETTINGS:
+        value = celery.get(name)
+        values = [value] if isinstance(value, str) else list(value or ())
+        if any(isinstance(v, str) and v.lower() in _PICKLE_NAMES for v in values):
+            raise ConfigError(
+                f"The Celery setting {name} = {value!r} is refused: accepting pickle lets "
+                "anyone who can write to the broker run code in your workers. Leave it "
+                "['json'] (the default)."
+            )
 
 
 REDIS_BACKEND = "tasks-redis"
