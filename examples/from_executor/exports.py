@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, abort, current_app, render_template, request, send_from_directory, url_for
@@ -46,9 +47,12 @@ def export_orders(customer: str, rows: int) -> dict[str, Any]:
     return {"rows": rows, "language": language, "url": download}
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    # INSTANCE_PATH=/some/dir keeps the embedded queue, the records and the exports there.
-    instance = os.environ.get("INSTANCE_PATH")
+def create_app(
+    test_config: dict[str, Any] | None = None, instance_path: str | Path | None = None
+) -> Flask:
+    """``instance_path`` (default: $INSTANCE_PATH, else ./instance) holds the embedded
+    queue, the task records and the exported files."""
+    instance = instance_path or os.environ.get("INSTANCE_PATH")
     app = Flask(__name__, instance_path=os.path.abspath(instance) if instance else None)
     app.config.from_mapping(
         EXPORT_ROW_SECONDS=0.05,
