@@ -123,7 +123,21 @@ _TASK_ID = {
     "name": "task_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "maxLength": 255},
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+# One event of the stream (OpenAPI 3.1 reads an event stream's schema as each event's).
+_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"const": "record"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/Task"},
+        },
+    },
 }
 _NOT_FOUND = _json("Error", "No such task, it expired, or it is not yours.")
 _UNAVAILABLE = _json("Error", "The record store cannot be reached.")
@@ -156,7 +170,13 @@ def document(prefix: str) -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100},
                         },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "The next_cursor of the previous page; any "
+                            "other value is a 400.",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
                         "200": _json("TaskPage", "One page of tasks."),
@@ -192,9 +212,21 @@ def document(prefix: str) -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "A stream of record events.",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            "content": {"text/event-stream": {"schema": _EVENT}},
                         },
                         "404": _NOT_FOUND,
+                        "429": {
+                            **_json(
+                                "Error",
+                                "This client holds TASKS_SSE_MAX_PER_CLIENT streams already.",
+                            ),
+                            "headers": {
+                                "Retry-After": {
+                                    "description": "Seconds to wait before trying again.",
+                                    "schema": {"type": "integer"},
+                                }
+                            },
+                        },
                         "503": _UNAVAILABLE,
                     },
                 }
@@ -204,11 +236,20 @@ def document(prefix: str) -> dict[str, Any]:
                     "operationId": "cancelTask",
                     "summary": "Cancel a task: a queued one never starts, a running one stops "
                     "at its next progress report.",
-                    "description": "Send it with 'Content-Type: application/json' or an "
-                    "'X-Requested-With' header (a cross-site form can do neither).",
+                    "description": "Send it with 'Content-Type: application/json' (the "
+                    "body is not read) or an 'X-Requested-With' header: a cross-site form "
+                    "can do neither. With Flask-WTF's CSRFProtect, send its token as "
+                    "'X-CSRFToken' too.",
                     "parameters": [_TASK_ID],
+                    "requestBody": {
+                        "required": True,
+                        "description": "Any JSON, e.g. {} (ignored). Or no body and an "
+                        "'X-Requested-With' header.",
+                        "content": {"application/json": {"schema": {}}},
+                    },
                     "responses": {
                         "202": _json("Task", "Cancellation asked; the task as it is now."),
+                        "400": _json("Error", "Flask-WTF's CSRF token is missing or wrong."),
                         "404": _NOT_FOUND,
                         "409": _json("Error", "The task already ended."),
                         "415": _json("Error", "Not sent as JSON nor with X-Requested-With."),

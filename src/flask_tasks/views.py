@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from werkzeug.exceptions import BadRequest
+from werkzeug.routing import PathConverter
 
 from .openapi import document
 from .state import TaskRecord, TaskState
 from .store.base import CancelOutcome, StoreError
 
 if TYPE_CHECKING:
+    from flask.blueprints import BlueprintSetupState
+
     from .extension import TasksState
 
 MAX_ID_LENGTH = 255
@@ -137,6 +142,32 @@ def _sent_by_script() -> bool:
     return request.is_json or "X-Requested-With" in request.headers
 
 
+def check_csrf() -> None:
+    """Apply Flask-WTF's ``CSRFProtect`` to this request when the app uses it.
+
+    Its own ``before_request`` hook checks every POST unless ``WTF_CSRF_CHECK_DEFAULT``
+    is off; then it is done here, so a state-changing endpoint stays protected either way.
+    Exempting the view or blueprint (``csrf.exempt``) is honoured. Raises Flask-WTF's
+    ``CSRFError`` (a 400).
+    """
+    csrf = current_app.extensions.get("csrf")
+    config = current_app.config
+    if csrf is None or not hasattr(csrf, "protect") or g.get("csrf_valid"):
+        return
+    if not config.get("WTF_CSRF_ENABLED", True) or config.get("WTF_CSRF_CHECK_DEFAULT", True):
+        return  # off, or checked by CSRFProtect's own hook (which honours exemptions)
+    if "apply_exemptions" in inspect.signature(csrf.protect).parameters:
+        csrf.protect(apply_exemptions=True)
+    elif not csrf._is_exempt():  # Flask-WTF before 1.3
+        csrf.protect()
+
+
+def _bad_request(exc: BadRequest) -> tuple[Response, int]:
+    """A 400 raised in the API (Flask-WTF's CSRFError among them), as JSON."""
+    code = "csrf_failed" if type(exc).__name__ == "CSRFError" else "bad_request"
+    return _error(400, code, exc.description or "The request is not valid.")
+
+
 def cancel(task_id: str) -> Any:
     """``POST /tasks/<id>/cancel``: 202 when asked, 409 when the task already ended."""
     if not _sent_by_script():
@@ -146,6 +177,7 @@ def cancel(task_id: str) -> Any:
             "Send this request with 'Content-Type: application/json' or an "
             "'X-Requested-With' header.",
         )
+    check_csrf()
     state = _state()
     try:
         record = _visible(task_id, "cancel", fresh=True)
@@ -202,14 +234,31 @@ def _static_headers(response: Response) -> Response:
     return response
 
 
+class TaskIdConverter(PathConverter):
+    """A task id in a URL: like ``path``, but a newline (``%0A``) is part of the id too,
+    so every id that is not a task gets the API's JSON 404, not the app's HTML one."""
+
+    regex = "[^/][\\s\\S]*?"
+
+
+def _register_converter(setup: BlueprintSetupState) -> None:
+    setup.app.url_map.converters.setdefault(ID_CONVERTER, TaskIdConverter)
+
+
+ID_CONVERTER = "flask_tasks_id"
+
+
 def make_blueprint() -> Blueprint:
     """The API blueprint, named ``tasks`` (``url_for("tasks.status", task_id=...)``)."""
     bp = Blueprint("tasks", __name__, static_folder=STATIC, static_url_path="/static")
+    bp.record_once(_register_converter)  # before the rules that use it
+    task = f"<{ID_CONVERTER}:task_id>"
     bp.add_url_rule("/", "index", index, methods=["GET"])
     bp.add_url_rule("/openapi.json", "openapi", openapi, methods=["GET"])
-    bp.add_url_rule("/<path:task_id>", "status", status, methods=["GET"])
-    bp.add_url_rule("/<path:task_id>/cancel", "cancel", cancel, methods=["POST"])
-    bp.add_url_rule("/<path:task_id>/events", "events", events, methods=["GET"])
+    bp.add_url_rule(f"/{task}", "status", status, methods=["GET"])
+    bp.add_url_rule(f"/{task}/cancel", "cancel", cancel, methods=["POST"])
+    bp.add_url_rule(f"/{task}/events", "events", events, methods=["GET"])
+    bp.register_error_handler(BadRequest, _bad_request)
     bp.after_request(_static_headers)
     bp.add_app_template_global(script_url, "tasks_script_url")
     return bp
