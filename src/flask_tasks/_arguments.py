@@ -125,3 +125,29 @@ def check_arguments(
         f"TASKS_MAX_ARGUMENT_BYTES limit of {max_bytes:,}. Store large data elsewhere "
         "(a file, a database row) and pass its id, or raise the limit."
     )
+
+
+def check_result(task_name: str, value: Any) -> None:
+    """Refuse a return value holding NaN or an infinity: JSON has no such numbers, and a
+    record with one would make every API answer about the task invalid JSON.
+
+    Other values are left to the result serializer, which refuses what it cannot encode.
+    Raises ``ValueError`` naming where the number is, e.g. ``result["ratio"]``.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "result", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                raise ValueError(
+                    f"Task {task_name!r} returned {item!r} at {path}, which is not valid "
+                    "JSON; return None or a string instead."
+                )
+        elif depth < _MAX_DEPTH:
+            if isinstance(item, dict):
+                stack.extend(
+                    (v, f"{path}[{json.dumps(str(k))}]", depth + 1) for k, v in item.items()
+                )
+            elif isinstance(item, (list, tuple)):
+                stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))

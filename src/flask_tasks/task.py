@@ -27,7 +27,7 @@ from flask import request as flask_request
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
-from ._arguments import check_arguments
+from ._arguments import check_arguments, check_result
 from .exceptions import BrokerUnavailable, TaskCancelled
 from .progress import (
     TaskContext,
@@ -145,6 +145,7 @@ class FlaskTask(CeleryTask):  # type: ignore[misc]
         try:
             with self._context(flask_app, carried, reuse=bool(request.is_eager)):
                 result = self.run(*args, **kwargs)
+                check_result(self.name, result)
         except TaskCancelled:
             stash_final_progress(ctx)
             self.backend.mark_as_revoked(request.id, "cancelled", request=request)

@@ -217,6 +217,16 @@ def _exception_message(result: Mapping[str, Any]) -> str:
     return "" if message is None else str(message)
 
 
+def _error_type_and_message(result: Mapping[str, Any]) -> tuple[str, str]:
+    kind = str(result.get("exc_type"))
+    parts = result.get("exc_message")
+    if kind == "UnpickleableExceptionWrapper" and isinstance(parts, list) and len(parts) == 4:
+        # Celery's stand-in for an exception it could not serialize: [module, class
+        # name, args, repr]. The task raised the class, so that is the error's type.
+        return str(parts[1]), str(parts[3])
+    return kind, _exception_message(result)
+
+
 def fields_from_meta(celery_state: str, meta_json: str | None) -> dict[str, Any]:
     """The record fields that Celery's result meta holds: ``result``, ``error``, ``meta``,
     and ``progress`` for a custom state whose meta has ``current``/``total`` (the
@@ -236,10 +246,9 @@ def fields_from_meta(celery_state: str, meta_json: str | None) -> dict[str, Any]
         fields["result"] = value
     elif state is TaskState.FAILED or celery_state == "RETRY":
         if isinstance(value, dict) and "exc_type" in value:
+            error_type, message = _error_type_and_message(value)
             fields["error"] = TaskError(
-                type=str(value.get("exc_type")),
-                message=_exception_message(value),
-                traceback=meta.get("traceback"),
+                type=error_type, message=message, traceback=meta.get("traceback")
             )
         elif value is not None:
             fields["error"] = TaskError(type="Error", message=str(value))
