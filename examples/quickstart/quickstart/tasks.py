@@ -6,7 +6,7 @@ import time
 
 from flask import current_app
 
-from flask_tasks import Tasks
+from flask_tasks import Tasks, progress
 
 tasks = Tasks()
 
@@ -19,7 +19,13 @@ def add_together(a: int, b: int) -> int:
 
 @tasks.task
 def slow_count(seconds: int) -> dict[str, object]:
-    """Something slow: count one per second, in the app context."""
-    for _ in range(seconds):
+    """Something slow: count one per second, in the app context, saying how far it is.
+
+    ``progress()`` is what the page's bar shows; it also stops the task when Cancel is
+    clicked (it raises ``TaskCancelled``).
+    """
+    for i in range(seconds):
+        progress(i, seconds, message=f"counting: {i} of {seconds}")
         time.sleep(1)
+    progress(seconds, seconds, message=f"counted to {seconds}")
     return {"counted": seconds, "app": current_app.name}
