@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import Any
 
+from celery import states
 from celery.app import backends as celery_backends
 from celery.backends.base import BaseBackend
 from celery.backends.redis import RedisBackend
 from celery.result import result_from_tuple
 
+from ._heartbeat import heartbeats
 from .progress import take_final_progress
 from .store import create_store
 from .store.base import RecordStore, StoreError
@@ -80,18 +83,26 @@ class RecordBackendMixin:
         meta["task_id"] = _text(task_id)
         encoded = _text(self.encode(meta))  # type: ignore[attr-defined]
         retries = getattr(request, "retries", None)
+        store = self.store
+        write = partial(
+            store.save,
+            task_id,
+            celery_state=state,
+            meta=encoded,
+            name=getattr(request, "task", None),
+            attempt=retries + 1 if isinstance(retries, int) else None,
+            progress=take_final_progress(task_id),
+        )
         try:
-            self.store.save(
-                task_id,
-                celery_state=state,
-                meta=encoded,
-                name=getattr(request, "task", None),
-                attempt=retries + 1 if isinstance(retries, int) else None,
-                progress=take_final_progress(task_id),
-            )
+            write()
         except StoreError:
             # The task's own outcome stands; only its record could not be written.
             logger.exception("flask-tasks: could not record state %s of task %s", state, task_id)
+            if state in states.READY_STATES:
+                # The end of a task is written once the store answers again.
+                settings = getattr(self.app, "tasks_settings", None)
+                timeout = settings.worker_lost_timeout if settings is not None else 60.0
+                heartbeats.retry_later(store, _text(task_id), write, timeout=timeout)
         return result
 
     def _forget(self, task_id: str) -> None:

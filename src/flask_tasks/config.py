@@ -228,6 +228,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds between two progress writes of one task; calls in between are free.",
     ),
     Setting(
+        "TASKS_WORKER_LOST_TIMEOUT",
+        60.0,
+        _positive_seconds,
+        "Seconds without a heartbeat after which a running task that is not idempotent is "
+        "marked failed (worker lost) by a worker's sweep. Heartbeats go every quarter of it.",
+    ),
+    Setting(
         "TASKS_URL_PREFIX",
         "/tasks",
         _url_prefix,
@@ -351,6 +358,8 @@ class Settings:
     """Extra arguments for the store (an SQLite lock timeout bounded by the publish one)."""
     retention: datetime.timedelta
     progress_interval: float
+    worker_lost_timeout: float
+    """Seconds without a heartbeat before a running task counts as lost."""
     url_prefix: str
     api: bool
     dashboard: bool
@@ -380,6 +389,9 @@ BASE_CELERY: dict[str, Any] = {
     "broker_connection_retry_on_startup": True,
 }
 
+
+SOFT_SHUTDOWN_TIMEOUT = 10.0
+"""Default ``worker_soft_shutdown_timeout`` (seconds); see docs/reliability.md."""
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
 # A Redis connection's socket timeout must stay above the consumer's 1 s BRPOP wait.
@@ -494,6 +506,9 @@ def resolve(config: Mapping[str, Any], *, instance_path: str) -> Settings:
         # Keep a task's name and arguments with its result: the dashboard's retry needs
         # them. Never shown by the API.
         result_extended=True,
+        # A cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT) first lets
+        # running tasks finish for this long; then idempotent ones go back to the queue.
+        worker_soft_shutdown_timeout=SOFT_SHUTDOWN_TIMEOUT,
     )
     # Beat keeps its state next to the app, not in whatever directory it was started from.
     defaults["beat_schedule_filename"] = os.path.join(instance_path, "celerybeat-schedule")
@@ -517,6 +532,7 @@ def resolve(config: Mapping[str, Any], *, instance_path: str) -> Settings:
         store_options=_store_options(store_url, own["TASKS_PUBLISH_TIMEOUT"]),
         retention=retention,
         progress_interval=own["TASKS_PROGRESS_INTERVAL"],
+        worker_lost_timeout=own["TASKS_WORKER_LOST_TIMEOUT"],
         url_prefix=own["TASKS_URL_PREFIX"],
         api=own["TASKS_API"],
         dashboard=own["TASKS_DASHBOARD"],

@@ -19,6 +19,7 @@ from flask import current_app, has_app_context, has_request_context
 
 from . import backends, transport
 from ._cache import RecordCache
+from ._heartbeat import WorkerLostSweep
 from .config import Settings, resolve
 from .exceptions import ConfigError
 from .state import TaskRecord
@@ -65,6 +66,8 @@ class FlaskCelery(Celery):  # type: ignore[misc]
         self._tasks_store_lock = threading.Lock()
         self.created_in_pid = os.getpid()
         super().__init__(module_name(flask_app.import_name), task_cls=FlaskTask)
+        # Lost-worker sweep and Redis visibility timeout (docs/reliability.md).
+        self.steps["worker"].add(WorkerLostSweep)
 
     @property
     def tasks_store(self) -> RecordStore:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 from uuid import uuid4
 
+from billiard.exceptions import WorkerLostError
 from celery import Task as CeleryTask
 from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore, Reject, Retry
@@ -28,6 +29,7 @@ from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
 from ._arguments import check_arguments, check_result
+from ._heartbeat import heartbeats
 from .exceptions import BrokerUnavailable, TaskCancelled
 from .progress import (
     TaskContext,
@@ -128,6 +130,11 @@ class FlaskTask(CeleryTask):  # type: ignore[misc]
     #: the request that sent the task (path, method, URL root, TASKS_REQUEST_HEADERS).
     request_context: bool = False
 
+    #: ``@tasks.task(idempotent=True)``: safe to run again after its worker was lost, so
+    #: it acks late and is delivered again, up to ``max_retries`` times (see
+    #: ``docs/reliability.md``). Other tasks run at most once.
+    idempotent: bool = False
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flask_app: Flask | None = getattr(self.app, "flask_app", None)
         request = self.request
@@ -142,6 +149,10 @@ class FlaskTask(CeleryTask):  # type: ignore[misc]
         if ctx is None:  # final already: cancelled while it was queued
             raise Ignore()
         token = _current.set(ctx)
+        settings: Settings | None = getattr(self.app, "tasks_settings", None)
+        lost_timeout = settings.worker_lost_timeout if settings is not None else 60.0
+        if store is not None:
+            heartbeats.add(store, request.id, timeout=lost_timeout)
         try:
             with self._context(flask_app, carried, reuse=bool(request.is_eager)):
                 result = self.run(*args, **kwargs)
@@ -167,6 +178,8 @@ class FlaskTask(CeleryTask):  # type: ignore[misc]
         finally:
             stash_final_progress(ctx)
             _current.reset(token)
+            if store is not None:
+                heartbeats.remove(store, request.id)
         if store is not None and get_actual_ignore_result(self, request):
             # Celery stores nothing for such tasks; the record must still end.
             self.backend.store_result(request.id, None, "SUCCESS", request=request)
@@ -208,6 +221,9 @@ class FlaskTask(CeleryTask):  # type: ignore[misc]
         settings: Settings | None = getattr(self.app, "tasks_settings", None)
         attempt = (request.retries or 0) + 1
         owner = carried.get(H_OWNER)
+        redelivered = (request.delivery_info or {}).get("redelivered")
+        if store is not None and redelivered and not self._redelivery_may_run(store, request):
+            return None
         if store is not None:
             queue = (request.delivery_info or {}).get("routing_key") or None
             try:
@@ -238,6 +254,48 @@ class FlaskTask(CeleryTask):  # type: ignore[misc]
             url_root=carried.get(H_URL_ROOT),
             locale=carried.get(H_LOCALE),
         )
+
+    def _redelivery_may_run(self, store: RecordStore, request: Any) -> bool:
+        """A message the broker delivered again: may it run?
+
+        Yes when its record shows it never started (it was only prefetched by a worker
+        that stopped). When it did start, its worker was lost (or, on Redis, the
+        visibility timeout passed): a task that acks late (``idempotent=True``) is retried,
+        which counts against ``max_retries`` and fails with ``WorkerLostError`` past it;
+        any other task is not run twice (at most once), and its record is left to the run
+        that started it, or to the sweep for lost workers.
+        """
+        try:
+            prior = store.get(request.id)
+        except StoreError:
+            logger.exception("flask-tasks: could not read the record of task %s", request.id)
+            return True
+        if prior is None or prior.state is not TaskState.RUNNING:
+            return True
+        if not self.acks_late:
+            logger.warning(
+                "flask-tasks: task %s[%s] was delivered again after it started; not run "
+                "twice (it is not idempotent)",
+                self.name,
+                request.id,
+            )
+            return False
+        retries = request.retries or 0
+        logger.warning(
+            "flask-tasks: task %s[%s] lost its worker while running (attempt %s); %s",
+            self.name,
+            request.id,
+            prior.attempt,
+            "giving up"
+            if self.max_retries is not None and retries >= self.max_retries
+            else "retrying",
+        )
+        exc = WorkerLostError(
+            f"Worker lost: the worker running this task stopped, {retries + 1} time(s); "
+            f"max_retries={self.max_retries} reached, so it is not run again."
+        )
+        # Raises Retry (a new message, retries + 1), or ``exc`` past max_retries.
+        raise self.retry(exc=exc, countdown=self.default_retry_delay)
 
     def delay_on_commit(self, *args: Any, **kwargs: Any) -> Any:
         """Send once the current database transaction commits (see ``Task.delay_on_commit``)."""
@@ -512,6 +570,7 @@ class TaskDefinition:
         return _where(self.fn)
 
 
+_HAS_RETRY_ON_WORKER_LOST = hasattr(CeleryTask, "retry_on_worker_lost")  # Celery >= 5.7
 ROUTING_OPTIONS = ("queue", "exchange", "routing_key", "priority", "delivery_mode")
 
 
@@ -530,6 +589,18 @@ def build_options(
         opts.setdefault("retry_backoff", True)
         opts.setdefault("retry_backoff_max", 600)
         opts.setdefault("retry_jitter", True)
+    idempotent = opts.pop("idempotent", False)
+    if not isinstance(idempotent, bool):
+        raise TypeError(f"idempotent must be True or False, not {idempotent!r}")
+    if idempotent:
+        # Acked once done, delivered again when the worker is lost; bounded by
+        # max_retries (Celery's retry_on_worker_lost where it exists, else our check of
+        # redelivered messages in FlaskTask._redelivery_may_run).
+        opts["idempotent"] = True
+        opts.setdefault("acks_late", True)
+        opts.setdefault("reject_on_worker_lost", True)
+        if _HAS_RETRY_ON_WORKER_LOST:
+            opts.setdefault("retry_on_worker_lost", True)
     routing = {key: opts.pop(key) for key in ROUTING_OPTIONS if key in opts}
     if routing:
         opts["default_routing"] = routing

@@ -26,7 +26,7 @@ import contextlib
 import datetime
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -146,6 +146,15 @@ class RecordStore(ABC):
         """Store the progress of a running task; return its cancel flag.
 
         Ignored (returns the flag all the same) when the record is final or missing.
+        """
+
+    @abstractmethod
+    def touch_running(self, task_ids: Collection[str]) -> None:
+        """Refresh ``updated_at`` of those of ``task_ids`` whose record is ``running``.
+
+        The heartbeat of the process running them (see :mod:`flask_tasks._heartbeat`):
+        a running record whose ``updated_at`` stops moving belongs to a lost worker. No
+        other field changes, no event is published, final records are left alone.
         """
 
     # -- anyone ----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,6 +277,18 @@ if flag then return 1 end
 return 0
 """
 
+# KEYS: none (the hashes are named from the prefix). ARGV: 2 now, 3... the task ids.
+_TOUCH_RUNNING = """
+local p, now = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  local rec = p .. ':rec:' .. ARGV[i]
+  if redis.call('HGET', rec, 'state') == 'running' then
+    redis.call('HSET', rec, 'updated_at', now)
+  end
+end
+return 0
+"""
+
 # ARGV: 2 id, 3 retention ms, 4 now, 5 the REVOKED meta of a task cancelled while queued
 _REQUEST_CANCEL = """
 local rec, meta, id = KEYS[1], KEYS[2], ARGV[2]
@@ -488,6 +500,7 @@ class _Scripts:
     mark_running: _Script
     save: _Script
     write_progress: _Script
+    touch_running: _Script
     request_cancel: _Script
     delete: _Script
     get: _Script
@@ -574,6 +587,7 @@ class RedisStore(RecordStore):
             mark_running=_Script(_COMMON + _MARK_RUNNING),
             save=_Script(_COMMON + _SAVE),
             write_progress=_Script(_WRITE_PROGRESS),  # self-contained: the task's hot path
+            touch_running=_Script(_TOUCH_RUNNING),
             request_cancel=_Script(_COMMON + _REQUEST_CANCEL),
             delete=_Script(_COMMON + _DELETE),
             get=_Script(_GET),
@@ -862,6 +876,11 @@ class RedisStore(RecordStore):
         """Store a running task's progress; return its cancel flag (one script call)."""
         args = [self.prefix, task_id, _epoch_now(), _progress_json(progress)]
         return bool(self._run(self._scripts.write_progress, [self.record_key(task_id)], args))
+
+    def touch_running(self, task_ids: Collection[str]) -> None:
+        """Refresh ``updated_at`` of the running ones among ``task_ids`` (one script call)."""
+        if task_ids:
+            self._run(self._scripts.touch_running, [], [self.prefix, _epoch_now(), *task_ids])
 
     # -- anyone ---------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -261,6 +261,14 @@ class _Statements:
         )
         self.progress_any = progress
 
+        self.touch_running = (
+            update(record)
+            .where(
+                c.id.in_(bindparam("p_ids", expanding=True)),
+                c.state == TaskState.RUNNING.value,
+            )
+            .values(updated_at=when)
+        )
         self.running = (
             update(record)
             .where(task_id, not_final)
@@ -625,6 +633,16 @@ class SQLStore(RecordStore):
             return bool(found[1])
 
         return self._run(f"write the progress of task {task_id}", work)
+
+    def touch_running(self, task_ids: Collection[str]) -> None:
+        """Refresh ``updated_at`` of the running ones among ``task_ids`` (one statement)."""
+        if not task_ids:
+            return
+        params = {"p_ids": list(task_ids), "p_now": _engines.utcnow()}
+        self._run(
+            "refresh the heartbeat of running tasks",
+            lambda c: c.execute(self._sql.touch_running, params),
+        )
 
     # -- anyone ----------------------------------------------------------------------------
 
