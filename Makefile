@@ -37,3 +37,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## make faults-long: the fault tests left out of `make test` (tests/faults, marker faults_long)
+faults-long: $(STAMP)
+	$(PY) -m pytest -m faults_long tests/faults
