@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PORT ?= 5000
 
-.PHONY: install demo test pytest lint bench bench-quick clean chromium
+.PHONY: install demo test pytest lint bench bench-quick wrk clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,25 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests examples benchmarks
 	$(PY) -m ruff format --check src tests examples benchmarks
 	$(PY) -m mypy
+
+## make bench: the side-by-side benchmark suite (issue 6), ~30 min; rewrites docs/benchmarks.md
+## and its plots. Installs the peers (benchmarks/requirements.txt), and wrk when root.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
+	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
+wrk:
+	@command -v wrk >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || apt-get install -y wrk >/dev/null 2>&1 || (apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1) || echo "note: could not install wrk (apt-get install -y wrk)"
+
+bench: $(BENCH_STAMP) wrk
+	$(PY) -m benchmarks.suite
+
+## make bench-quick: flask-tasks vs Flask's official Celery pattern, small sizes, < 2 min;
+## prints the ratios and writes nothing (CI shows it, never fails on it)
+bench-quick: $(STAMP) wrk
+	$(PY) -m benchmarks.suite --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -49,6 +49,11 @@ class Integration:
     no_progress_reason: str = ""
     in_quick: bool = False
     env: tuple[tuple[str, str], ...] = field(default=())
+    only: frozenset[str] = frozenset()
+    """The workloads this row takes part in (empty: all of them)."""
+
+    def takes(self, workload: str) -> bool:
+        return not self.only or workload in self.only
 
     @property
     def target(self) -> str:
@@ -85,7 +90,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
             "record store is the result backend. `@tasks.task`, `noop.delay()`."
         ),
         status_note=(
-            "its own `GET /tasks/<id>` (the whole record); each web process caches records it "
+            "its own route (the whole record); each web process caches records it "
             "read: a finished one for 10 s, a queued or running one for 0.2 s (4,096 at most)"
         ),
         workers=(
@@ -107,6 +112,34 @@ INTEGRATIONS: tuple[Integration, ...] = (
         ),
         progress="`progress(i, n)` (throttled: one write per `TASKS_PROGRESS_INTERVAL`, 0.2 s)",
         in_quick=True,
+    ),
+    Integration(
+        key="flask-tasks-fresh",
+        label="flask-tasks, no status cache for unfinished tasks",
+        module=FT,
+        factory="create_fresh_app",
+        status_path="/tasks/{id}",
+        finished=lambda d: _get(d, "state") == "succeeded",
+        setup=(
+            "as flask-tasks, with `TASKS_PROGRESS_INTERVAL = 0` in the web app only: its "
+            "status view then keeps no queued or running record (end to end only)"
+        ),
+        status_note=(
+            "its own route; every read of an unfinished task goes to Redis (a finished one "
+            "is still cached 10 s)"
+        ),
+        workers=(
+            WorkerSetup(
+                key="flask-tasks-fresh",
+                label="flask-tasks, no status cache for unfinished tasks",
+                commands=(_flask(f"{FT}:create_app", "tasks", "worker", "--concurrency", "2"),),
+                setup="the flask-tasks worker, unchanged",
+            ),
+        ),
+        progress=None,
+        no_progress_reason="the same worker as flask-tasks: see its row",
+        in_quick=True,
+        only=frozenset({"e2e"}),
     ),
     Integration(
         key="flask-tasks-embedded",
@@ -206,8 +239,8 @@ INTEGRATIONS: tuple[Integration, ...] = (
                     "default: two `flask rq worker` processes; Flask-RQ 1.0 runs each job in "
                     "a new `flask rq work-horse` subprocess (plain RQ forks one per job)"
                 ),
-                drain_tasks=200,
-                e2e_samples=30,
+                drain_tasks=100,
+                e2e_samples=20,
             ),
             WorkerSetup(
                 key="flask-rq-tuned",
@@ -278,7 +311,8 @@ INTEGRATIONS: tuple[Integration, ...] = (
         finished=lambda d: _get(d, "done") is True,
         setup=(
             "`Executor(app)`, `EXECUTOR_MAX_WORKERS = 2` threads in the web process, "
-            "`submit_stored(key, fn)`"
+            "`submit_stored(key, fn)`; `EXECUTOR_FUTURES_MAX_LENGTH = 20000` (default: the "
+            "last 50 futures only)"
         ),
         status_note=(
             "the docs' route (`executor.futures.done(key)`, `.result(key)`), without "

@@ -78,8 +78,8 @@ QUICK = Sizes(
     warmup=1,
     connections=16,
     threads=2,
-    e2e_samples=50,
-    drain_tasks=1_000,
+    e2e_samples=40,
+    drain_tasks=500,
     drain_runs=1,
     progress_calls=1_000,
     progress_repeats=3,
@@ -255,8 +255,13 @@ class Suite:
 
     def start_servers(self) -> None:
         for integ in self.integrations:
+            if not any(integ.takes(w) for w in self.workloads):
+                continue
             self.log(f"starting gunicorn for {integ.label}")
             self.web[integ.key] = self.start_web(integ, integ.web_processes, "main")
+
+    def wants(self, integ: Integration, workload: str) -> bool:
+        return workload in self.workloads and integ.takes(workload)
 
     def purge_all(self) -> None:
         for integ in self.integrations:
@@ -291,22 +296,29 @@ class Suite:
 
     def phase_submit(self) -> None:
         script = write_script(self.tmp / "submit.lua", method="POST")
-        targets = {i.key: (self.url(i, "/submit"), script) for i in self.integrations}
+        targets = {
+            i.key: (self.url(i, "/submit"), script) for i in self.integrations if i.takes("submit")
+        }
         self.results["submit"] = self.load("submit", targets)
 
     # -- 2. per worker setup: idle memory, end to end, progress --------------------------------
 
-    def setups(self) -> list[tuple[Integration, WorkerSetup]]:
-        return [(i, s) for i in self.integrations for s in i.workers]
+    def setups(self, workload: str | None = None) -> list[tuple[Integration, WorkerSetup]]:
+        return [
+            (i, s)
+            for i in self.integrations
+            for s in i.workers
+            if workload is None or i.takes(workload)
+        ]
 
     def phase_workers(self) -> None:
         e2e: dict[str, Any] = {}
         progress: dict[str, Any] = {}
         idle: dict[str, Any] = {}
         for integ, setup in self.setups():
-            wants_e2e = "e2e" in self.workloads and not setup.progress_only
-            wants_progress = "progress" in self.workloads and integ.progress is not None
-            wants_memory = "memory" in self.workloads and not setup.progress_only
+            wants_e2e = self.wants(integ, "e2e") and not setup.progress_only
+            wants_progress = self.wants(integ, "progress") and integ.progress is not None
+            wants_memory = self.wants(integ, "memory") and not setup.progress_only
             if not (wants_e2e or wants_progress or wants_memory):
                 continue
             what = setup.label
@@ -384,7 +396,7 @@ class Suite:
     # -- 3. drain ---------------------------------------------------------------------------
 
     def phase_drain(self) -> None:
-        setups = [(i, s) for i, s in self.setups() if not s.progress_only]
+        setups = [(i, s) for i, s in self.setups("drain") if not s.progress_only]
         runs: dict[str, list[dict[str, Any]]] = {s.key: [] for _, s in setups}
         after: dict[str, dict[str, int]] = {}
         for r in range(self.sizes.drain_runs):
@@ -443,7 +455,8 @@ class Suite:
     # -- 4. status --------------------------------------------------------------------------
 
     def phase_status(self) -> None:
-        for integ in self.integrations:
+        integrations = [i for i in self.integrations if i.takes("status")]
+        for integ in integrations:
             if not integ.durable:  # its tasks live in the web process: submit them there
                 port = self.web[integ.key][1]
                 client = Client(port, integ.label)
@@ -457,7 +470,7 @@ class Suite:
                 raise StepError(f"{integ.label}: status needs the finished tasks of a drain")
         one: dict[str, tuple[str, Path]] = {}
         many: dict[str, tuple[str, Path]] = {}
-        for integ in self.integrations:
+        for integ in integrations:
             ids = self.finished_ids[integ.key]
             path = integ.status_path.format(id=ids[0])
             client = Client(self.web[integ.key][1], integ.label)
@@ -482,6 +495,8 @@ class Suite:
         web: dict[str, Any] = {}
         count = self.sizes.memory_requests
         for integ in self.integrations:
+            if not integ.takes("memory"):
+                continue
             proc, port = self.start_web(integ, 1, "memory")
             try:
                 children = [p for p in tree(proc.pid) if p != proc.pid]

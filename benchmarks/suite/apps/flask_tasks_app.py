@@ -49,16 +49,28 @@ def _app(config: dict[str, Any], instance_path: str | None = None) -> Flask:
     return app
 
 
+def _redis_config() -> dict[str, Any]:
+    return {
+        "TASKS_BROKER_URL": REDIS_URL,
+        "TASKS_RESULT_BACKEND": REDIS_URL,
+        "TASKS_STORE_PREFIX": PREFIX,
+        "TASKS_CELERY": {"task_default_queue": QUEUE},
+    }
+
+
 def create_app() -> Flask:
     """flask-tasks on Redis: broker, result backend and records."""
-    return _app(
-        {
-            "TASKS_BROKER_URL": REDIS_URL,
-            "TASKS_RESULT_BACKEND": REDIS_URL,
-            "TASKS_STORE_PREFIX": PREFIX,
-            "TASKS_CELERY": {"task_default_queue": QUEUE},
-        }
-    )
+    return _app(_redis_config())
+
+
+def create_fresh_app() -> Flask:
+    """As :func:`create_app`, but the status view keeps no queued or running record.
+
+    ``TASKS_PROGRESS_INTERVAL = 0`` in the web app only (its workers use
+    :func:`create_app`): the view's cache of unfinished records lasts no longer than the
+    progress interval. Used by the end-to-end workload, to show that cache's share.
+    """
+    return _app({**_redis_config(), "TASKS_PROGRESS_INTERVAL": 0})
 
 
 def create_embedded_app() -> Flask:
