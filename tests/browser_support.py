@@ -31,9 +31,20 @@ CHROMIUM_ARGS = [
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark browser tests and run them last.
+
+    Playwright's sync API keeps an asyncio loop running in the main thread for as long as
+    the session-wide browser lives, so every test after the first browser test would see a
+    running loop (``asyncio.run()`` refuses to start). Running them last keeps the rest of
+    the suite free of it.
+    """
+    browser_items = []
     for item in items:
         if "tests/browser/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.browser)
+            browser_items.append(item)
+    others = [item for item in items if item not in browser_items]
+    items[:] = others + browser_items
 
 
 @pytest.fixture(scope="session")
