@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.routing import PathConverter
 
 from .openapi import document
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .extension import TasksState
 
 MAX_ID_LENGTH = 255
+ABSENT_ID_PREFIX = "flask-tasks-absent:"  # no task id starts with it (ids are UUIDs)
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 STATES = {state.value: state for state in TaskState}
@@ -67,10 +68,19 @@ def record_json(record: TaskRecord) -> dict[str, Any]:
 
 def _visible(task_id: str, action: str, *, fresh: bool = False) -> TaskRecord | None:
     """The record, if it exists and the caller may see it (raises StoreError)."""
-    if not task_id or len(task_id) > MAX_ID_LENGTH:
-        return None
+    if not task_id or len(task_id) > MAX_ID_LENGTH or "\x00" in task_id:
+        return None  # no store can hold such an id (PostgreSQL refuses NUL in text)
     state = _state()
-    record = state.store.get(task_id) if fresh else state.read(task_id)
+    if fresh:
+        record = state.store.get(task_id)
+    else:
+        cached = state.cache.get(task_id)
+        if cached is not None and not state.extension.allowed(action, cached):
+            # Answer as late as for an id that is not cached: read an id that does not
+            # exist, so how fast a 404 comes back does not tell that the task exists.
+            state.store.get(ABSENT_ID_PREFIX + task_id)
+            return None
+        record = cached if cached is not None else state.read(task_id)
     if record is None or not state.extension.allowed(action, record):
         return None
     return record
@@ -259,6 +269,8 @@ def make_blueprint() -> Blueprint:
     bp.add_url_rule(f"/{task}/cancel", "cancel", cancel, methods=["POST"])
     bp.add_url_rule(f"/{task}/events", "events", events, methods=["GET"])
     bp.register_error_handler(BadRequest, _bad_request)
+    # e.g. GET <prefix>/static/<a file that is not there>: the same 404 as a task's.
+    bp.register_error_handler(NotFound, lambda exc: _not_found())
     bp.after_request(_static_headers)
     bp.add_app_template_global(script_url, "tasks_script_url")
     return bp

@@ -18,6 +18,7 @@ from flask import Flask, request
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.core.failures import FailureGroup
 
 from conftest import AppFactory
 from flask_tasks import Tasks
@@ -97,44 +98,46 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(app: Flask) 
     failures: dict[str, str] = {}
     started = time.monotonic()
 
+    def fuzz(operation: Any, mode: GenerationMode, real_ids: list[str]) -> None:
+        @settings(
+            max_examples=EXAMPLES_PER_RUN,
+            derandomize=True,  # seeded: the same requests every run
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(
+            case=operation.as_strategy(generation_mode=mode),
+            real=st.sampled_from([None, *real_ids]),
+            user=st.sampled_from([USER, USER, "mallory", None]),
+            pick=st.integers(0, 1000),
+        )
+        def run(case: Any, real: str | None, user: str | None, pick: int) -> None:
+            nonlocal requests
+            if real is not None and "task_id" in (case.path_parameters or {}):
+                case.path_parameters["task_id"] = real
+            query = case.query
+            if mode is GenerationMode.POSITIVE and query and "cursor" in query:
+                # A cursor is opaque: only one a page gave is valid (others are a 400,
+                # see test_hostile_ids).
+                query["cursor"] = cursors[pick % len(cursors)]
+            headers = {"X-User": user} if user else {}
+            requests += 1
+            try:
+                case.call_and_validate(headers=headers)
+            except (Exception, FailureGroup) as exc:
+                key = f"{operation.label} [{mode.value}]: {str(exc).splitlines()[2:4]}"
+                failures.setdefault(key, str(exc)[:2000])
+
+        run()
+
     for operation in operations:
         # A stream of a queued task only ends when the task does: fuzz streams with
         # finished tasks. Cancelling queued ones is fine (they become final).
         real_ids = finished if operation.label.endswith("/events") else finished + queued
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @settings(
-                max_examples=EXAMPLES_PER_RUN,
-                derandomize=True,  # seeded: the same requests every run
-                database=None,
-                deadline=None,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(
-                case=operation.as_strategy(generation_mode=mode),
-                real=st.sampled_from([None, *real_ids]),
-                user=st.sampled_from([USER, USER, "mallory", None]),
-                pick=st.integers(0, 1000),
-            )
-            def run(case: Any, real: str | None, user: str | None, pick: int) -> None:
-                nonlocal requests
-                if real is not None and "task_id" in (case.path_parameters or {}):
-                    case.path_parameters["task_id"] = real
-                query = case.query
-                if mode is GenerationMode.POSITIVE and query and "cursor" in query:
-                    # A cursor is opaque: only one a page gave is valid (others are a
-                    # 400, checked in test_hostile_ids).
-                    query["cursor"] = cursors[pick % len(cursors)]
-                headers = {"X-User": user} if user else {}
-                requests += 1
-                try:
-                    case.call_and_validate(headers=headers)
-                except (Exception, BaseExceptionGroup) as exc:
-                    key = f"{operation.label} [{mode.value}]: {str(exc).splitlines()[2:4]}"
-                    failures.setdefault(key, str(exc)[:2000])
-
-            run()
+            fuzz(operation, mode, real_ids)
 
     elapsed = time.monotonic() - started
     print(f"schemathesis: {requests} requests in {elapsed:.1f}s, {len(failures)} failures")

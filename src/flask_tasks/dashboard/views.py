@@ -103,7 +103,7 @@ def index() -> Any:
 
 
 def _record(task_id: str) -> TaskRecord | None:
-    if not task_id or len(task_id) > MAX_ID_LENGTH:
+    if not task_id or len(task_id) > MAX_ID_LENGTH or "\x00" in task_id:
         return None
     return _state().store.get(task_id)
 
