@@ -51,10 +51,10 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from flask import Response, current_app, request, stream_with_context
+from flask import current_app, request, stream_with_context
 from redis.exceptions import RedisError
 
 from . import views
@@ -64,6 +64,9 @@ from .store.redis import RedisStore
 from .store.sql import SQLStore
 
 if TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import TasksState
     from .store.base import RecordStore
 
 logger = logging.getLogger("flask_tasks")
@@ -118,15 +121,82 @@ def stream(task_id: str) -> Any:
         return views._unavailable(exc)
     if record is None:
         return views._not_found()
-    store = views._state().store
+    state = views._state()
+    release = _take_slot(state)
+    if release is None:
+        response, status = views._error(
+            429,
+            "too_many_streams",
+            "Too many event streams are open for this client; close one, or poll "
+            f"GET {request.script_root}{state.settings.url_prefix.rstrip('/')}/<id> instead.",
+        )
+        response.headers["Retry-After"] = str(LIMIT_RETRY_AFTER)
+        return response, status
     skip_first = last_event_id is not None and last_event_id.strip() == str(version(record))
-    body = stream_with_context(
-        _events(store, record, skip_first=skip_first, keepalive=KEEPALIVE_INTERVAL)
-    )
-    response: Response = current_app.response_class(
-        body, content_type="text/event-stream", headers=_HEADERS
-    )
+    try:
+        body = stream_with_context(
+            _events(state.store, record, skip_first=skip_first, keepalive=KEEPALIVE_INTERVAL)
+        )
+        response = current_app.response_class(
+            body, content_type="text/event-stream", headers=_HEADERS
+        )
+    except BaseException:
+        release()
+        raise
+    # Called when the server closes the body, whether or not the stream ever started.
+    response.call_on_close(release)
     return response
+
+
+# -- streams per client -------------------------------------------------------------------
+
+LIMIT_RETRY_AFTER = 5
+"""Seconds a client over ``TASKS_SSE_MAX_PER_CLIENT`` is asked to wait (``Retry-After``)."""
+
+_open_streams: weakref.WeakKeyDictionary[TasksState, dict[str, int]] = weakref.WeakKeyDictionary()
+_open_streams_lock = threading.Lock()
+
+
+def _client() -> str:
+    """Who a stream counts against: its owner, else its remote address."""
+    owner = views._state().extension.current_owner()
+    if owner is not None:
+        return f"owner:{owner}"
+    return f"addr:{request.remote_addr or '?'}"
+
+
+def _take_slot(state: TasksState) -> Callable[[], None] | None:
+    """Count one more stream for this client; a function that gives it back, or None when
+    the client holds ``TASKS_SSE_MAX_PER_CLIENT`` streams already (in this process)."""
+    limit: int = state.settings.sse_max_per_client
+    client = _client()
+    with _open_streams_lock:
+        counts = _open_streams.setdefault(state, {})
+        held = counts.get(client, 0)
+        if limit and held >= limit:
+            return None
+        counts[client] = held + 1
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        with _open_streams_lock:
+            if released:
+                return
+            released = True
+            left = counts.get(client, 1) - 1
+            if left > 0:
+                counts[client] = left
+            else:
+                counts.pop(client, None)
+
+    return release
+
+
+def open_streams(app: Flask) -> dict[str, int]:
+    """Open event streams per client in this process (``owner:<id>`` or ``addr:<ip>``)."""
+    with _open_streams_lock:
+        return dict(_open_streams.get(app.extensions["tasks"], {}))
 
 
 def _events(
