@@ -71,6 +71,8 @@ def create_app() -> Flask:
         TASKS_STORE_URL=store_url,
         TASKS_STORE_PREFIX=os.environ.get("BENCH_SSE_PREFIX", "bench_sse"),
         TASKS_DEV_WORKER=False,
+        # Every stream comes from this one load client: no per-client limit.
+        TASKS_SSE_MAX_PER_CLIENT=0,
     )
     tasks.init_app(app)
     return app
