@@ -86,8 +86,11 @@ def _versions() -> dict[str, str]:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     if commit:
-        out["flask-tasks"] += f" (commit {commit})"
+        out["flask-tasks"] += f" (commit {commit}{', src/ modified' if dirty else ''})"
     return out
 
 
@@ -151,7 +154,17 @@ def main() -> int:
         metavar="NAME=VALUE,...",
         help="override sizes, e.g. seconds=2,drain_tasks=500 (for trying the suite out)",
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="rewrite benchmarks.md and its plots from the last run's results.json "
+        "(after editing benchmarks/suite/analysis.md), without running anything",
+    )
     options = parser.parse_args()
+    if options.render:
+        saved = json.loads((options.docs / "benchmarks" / "results.json").read_text())
+        print(report.write_report(saved["results"], saved["meta"], options.docs))
+        return 0
     _preflight(options.quick)
     signal.signal(signal.SIGTERM, _terminate)
     sizes = QUICK if options.quick else FULL

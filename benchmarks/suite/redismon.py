@@ -42,7 +42,7 @@ class CommandLog:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, socket_timeout=None)  # quiet spells happen
         try:
             with client.monitor() as monitor:
                 self._started.set()

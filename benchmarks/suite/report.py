@@ -404,6 +404,9 @@ def write_report(results: dict[str, Any], meta: dict[str, Any], docs: Path) -> P
         json.dumps({"meta": meta, "results": results}, indent=1, sort_keys=True) + "\n"
     )
     page = render(results, meta, plots)
+    analysis = Path(__file__).with_name("analysis.md")
+    if analysis.exists():
+        page += "\n" + analysis.read_text()
     path = docs / "benchmarks.md"
     path.write_text(page)
     return path
@@ -442,6 +445,10 @@ def render(results: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
             ],
         )
         + "\n"
+    )
+    add(
+        "Why a goal is not met, where the time goes (profiles) and what flask-tasks changed "
+        "or defaults to because of it: [Analysis](#analysis), at the end.\n"
     )
     add("## Machine and versions\n")
     add(_table(["", ""], [[k, str(v)] for k, v in meta["machine"].items()]) + "\n")

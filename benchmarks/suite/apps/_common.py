@@ -47,8 +47,14 @@ def _no_report(i: int, n: int) -> None:
 
 def wait_side(token: str, timeout: float) -> float:
     """The loop time the task with ``token`` pushed, waiting up to ``timeout`` seconds."""
-    item = side_channel().blpop([SIDE_PREFIX + token], timeout=timeout)
-    if item is None:
-        raise TimeoutError(f"no progress result for {token} within {timeout:.0f} s")
+    # Short waits, repeated: a client's socket timeout (redis-py may set one) never cuts
+    # a long wait short.
+    deadline = time.monotonic() + timeout
+    while True:
+        item = side_channel().blpop([SIDE_PREFIX + token], timeout=2)
+        if item is not None:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no progress result for {token} within {timeout:.0f} s")
     side_channel().delete(SIDE_PREFIX + token)
     return float(item[1])
