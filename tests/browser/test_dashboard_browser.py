@@ -4,7 +4,7 @@ with live progress, filters, the Cancel and Retry buttons, and the docs' screens
 (Not ``test_dashboard.py``: tests/ has no ``__init__.py``, and that name is taken by the
 dashboard's server-side tests, so pytest would refuse to collect both.)
 
-``FLASK_TASKS_SCREENSHOTS=1`` saves the screenshots to docs/screenshots/ (dashboard.png,
+``SAVE_SCREENSHOTS=1`` saves the screenshots to docs/screenshots/ (dashboard.png,
 dashboard-task.png); otherwise they go to the test's temporary directory.
 """
 
@@ -220,7 +220,7 @@ def test_retry_is_disabled_with_a_reason_for_a_task_that_never_started(
 
 
 def test_screenshots(app: Flask, live_server: Any, page: Any, tmp_path: Path) -> None:
-    out = DOCS if os.environ.get("FLASK_TASKS_SCREENSHOTS") == "1" else tmp_path
+    out = DOCS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path
     out.mkdir(parents=True, exist_ok=True)
     checks = TaskChecks(app)
     with live_server(app) as url, start_worker(app):
@@ -236,6 +236,9 @@ def test_screenshots(app: Flask, live_server: Any, page: Any, tmp_path: Path) ->
             tasks.cancel(cancelled)
         running = send(app, import_rows, 400, 0.05, user="alice")
         send(app, import_rows, 10, 0.0, user="dave", queue="nobody-consumes-this")
+        # Reduced motion: a queued task's "waiting" animation would otherwise be frozen
+        # mid-sweep by the screenshot and read as partial progress.
+        page.emulate_media(reduced_motion="reduce")
         page.goto(url + "/tasks/dashboard/")
         element = row(page, running).locator("task-progress").element_handle()
         page.wait_for_function(

@@ -8,7 +8,7 @@ the quickstart's HTTP test, so pytest would refuse to collect both.)
 The server-side routes of the same examples are tested in tests/test_seed_examples.py,
 whose helpers start the examples here too.
 
-``FLASK_TASKS_SCREENSHOTS=1`` saves a screenshot of each example page to docs/screenshots/
+``SAVE_SCREENSHOTS=1`` saves a screenshot of each example page to docs/screenshots/
 (example-quickstart.png, example-seed000.png ... example-seed004.png); otherwise they go
 to the test's temporary directory.
 """
@@ -49,17 +49,13 @@ document.addEventListener("task-update", (event) => {
 
 
 def example_env(instance: Path, **extra: str) -> dict[str, str]:
-    """The example's environment (an instance folder of its own), less our own switch:
-    every example reads FLASK_* variables into its config, and flask-tasks refuses an
-    unknown TASKS_SCREENSHOTS key."""
-    env = seed_example_env(instance, **extra)
-    env.pop("FLASK_TASKS_SCREENSHOTS", None)
-    return env
+    """The example's environment: an instance folder of its own."""
+    return seed_example_env(instance, **extra)
 
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    out = DOCS if os.environ.get("FLASK_TASKS_SCREENSHOTS") == "1" else tmp_path / "shots"
+    out = DOCS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path / "shots"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
