@@ -59,6 +59,16 @@ class Heartbeats:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._failing = False
+        self._stopped = False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread (waiting for a beat in progress); pending writes are kept."""
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _reset_after_fork(self) -> None:
         # A forked child inherits the registry but not the thread.
@@ -73,6 +83,8 @@ class Heartbeats:
         if self._pid != os.getpid():
             self._reset_after_fork()
         self._interval = min(self._interval, interval) if self._thread else interval
+        if self._stopped:
+            return
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(
                 target=self._run, name="flask-tasks-heartbeats", daemon=True
@@ -129,7 +141,7 @@ class Heartbeats:
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
-            if self._pid != os.getpid():
+            if self._pid != os.getpid() or self._stopped:
                 return
             try:
                 self.beat()

@@ -41,6 +41,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStor
     opened.close()
 
 
+@pytest.fixture
+def beats(store: RecordStore) -> Iterator[Heartbeats]:
+    """A registry of its own, whose thread is stopped before ``store`` closes (a beat still
+    running against a closed store would leave a connection behind)."""
+    registry = Heartbeats()
+    yield registry
+    registry.stop()
+
+
 def queued(name: str = "apps.faults.once") -> TaskRecord:
     now = utcnow()
     return TaskRecord(
@@ -117,7 +126,7 @@ def test_the_final_state_wins_every_race(store: RecordStore) -> None:
         assert store.get(rec.id) == first
 
 
-def test_heartbeats_touch_running_records_only(store: RecordStore) -> None:
+def test_heartbeats_touch_running_records_only(store: RecordStore, beats: Heartbeats) -> None:
     running, waiting = queued(), queued()
     store.create(running)
     store.create(waiting)
@@ -125,7 +134,6 @@ def test_heartbeats_touch_running_records_only(store: RecordStore) -> None:
     before = store.get(running.id)
     before_waiting = store.get(waiting.id)
     assert before is not None and before_waiting is not None
-    beats = Heartbeats()
     beats.add(store, running.id, timeout=60)
     beats.add(store, waiting.id, timeout=60)
     beats.beat()
@@ -137,7 +145,7 @@ def test_heartbeats_touch_running_records_only(store: RecordStore) -> None:
     beats.remove(store, waiting.id)
 
 
-def test_a_final_write_that_failed_is_written_again(store: RecordStore) -> None:
+def test_a_final_write_that_failed_is_written_again(store: RecordStore, beats: Heartbeats) -> None:
     rec = queued()
     store.create(rec)
     store.mark_running(rec.id, name=rec.name, attempt=1, started_at=utcnow())
@@ -148,7 +156,6 @@ def test_a_final_write_that_failed_is_written_again(store: RecordStore) -> None:
             raise StoreError("down")
         return store.save(rec.id, celery_state="SUCCESS", meta=meta(rec.id, "SUCCESS", 1))
 
-    beats = Heartbeats()
     beats.retry_later(store, rec.id, write, timeout=3600)
     beats.beat()
     assert beats.pending() == 1
