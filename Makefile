@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check src tests examples benchmarks
 	$(PY) -m mypy
 
-## make bench: the side-by-side benchmark suite (issue 6), ~30 min; rewrites docs/benchmarks.md
+## make bench: the side-by-side benchmark suite (issue 6), ~25 min; rewrites docs/benchmarks.md
 ## and its plots. Installs the peers (benchmarks/requirements.txt), and wrk when root.
 BENCH_STAMP := $(VENV)/.installed-bench
 

@@ -1,6 +1,6 @@
 """The side-by-side benchmark suite: flask-tasks and the other Flask task integrations.
 
-    make bench          # installs benchmarks/requirements.txt (and wrk), full run, ~30 min;
+    make bench          # installs benchmarks/requirements.txt (and wrk), full run, ~25 min;
                         # rewrites docs/benchmarks.md, docs/benchmarks/*.png, results.json
     make bench-quick    # flask-tasks vs the official pattern, small sizes, < 2 min;
                         # prints the ratios, writes nothing (CI shows it, never gates on it)
