@@ -16,11 +16,12 @@ from celery import Celery
 from celery._state import get_current_app
 from celery.signals import worker_process_init
 from flask import current_app, has_app_context, has_request_context
+from kombu.transport import TRANSPORT_ALIASES
 
-from . import backends, transport
+from . import backends
 from ._cache import RecordCache
 from ._heartbeat import WorkerLostSweep
-from .config import Settings, resolve
+from .config import EMBEDDED_SCHEME, Settings, resolve
 from .exceptions import ConfigError
 from .state import TaskRecord
 from .store import create_store
@@ -46,7 +47,9 @@ STATUS_CACHE_RUNNING = 0.2  # seconds, at most; never longer than TASKS_PROGRESS
 STATUS_CACHE_FINISHED = 10.0
 _HAS_FLASK_LOGIN = importlib.util.find_spec("flask_login") is not None
 
-transport.register()
+# The embedded broker's transport, by name: Kombu imports it (and SQLAlchemy, about 23 MiB
+# per process) only when a broker URL uses it, not on Redis or RabbitMQ.
+TRANSPORT_ALIASES[EMBEDDED_SCHEME] = "flask_tasks.transport:Transport"
 backends.register()
 
 
