@@ -56,9 +56,22 @@ def metrics() -> list[Metric]:
     return out
 
 
+ORDER = list(dict.fromkeys(k for i in INTEGRATIONS for k in (i.key, *(s.key for s in i.workers))))
+"""Rows in the order of ``INTEGRATIONS`` (flask-tasks first), whatever order results.json has."""
+
+
+def in_order(keys: Any) -> list[str]:
+    """``keys`` (no repeats) in the order of ``INTEGRATIONS``."""
+    rank = {key: n for n, key in enumerate(ORDER)}
+    return sorted(dict.fromkeys(keys), key=lambda k: rank.get(k, len(rank)))
+
+
 def rows_of(results: dict[str, Any], workload: str) -> dict[str, Any]:
     data = results.get(workload)
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    rank = {key: n for n, key in enumerate(ORDER)}
+    return dict(sorted(data.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:
@@ -314,7 +327,7 @@ def _plots(results: dict[str, Any], folder: Path) -> dict[str, str]:
                 k: v["after"] for k, v in memory.get("web", {}).items()
             },
         }
-        keys = list(dict.fromkeys(k for s in series.values() for k in s))
+        keys = in_order(k for s in series.values() for k in s)
         fig, ax = plt.subplots(figsize=(9, 0.5 * len(keys) * len(series) / 2 + 2))
         height = 0.8 / len(series)
         for n, (name, values) in enumerate(series.items()):
@@ -402,7 +415,7 @@ def write_report(results: dict[str, Any], meta: dict[str, Any], docs: Path) -> P
         old.unlink()
     plots = _plots(results, folder)
     (folder / "results.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=1, sort_keys=True) + "\n"
+        json.dumps({"meta": meta, "results": results}, indent=1) + "\n"
     )
     page = render(results, meta, plots)
     analysis = Path(__file__).with_name("analysis.md")
@@ -637,14 +650,12 @@ def render(results: dict[str, Any], meta: dict[str, Any], plots: dict[str, str])
     memory = rows_of(results, "memory")
     if memory:
         body = []
-        keys = list(
-            dict.fromkeys(
-                [
-                    *memory.get("worker_idle", {}),
-                    *memory.get("worker_after_drain", {}),
-                    *memory.get("web", {}),
-                ]
-            )
+        keys = in_order(
+            [
+                *memory.get("worker_idle", {}),
+                *memory.get("worker_after_drain", {}),
+                *memory.get("web", {}),
+            ]
         )
         for key in keys:
 
