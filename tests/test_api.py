@@ -264,6 +264,7 @@ def test_status_reads_are_cached_briefly(make_app: AppFactory) -> None:
     client = app.test_client()
     with app.app_context():
         handle = work.delay()
+    time.sleep(0.5)  # a record is cached for half its age at most: old enough for 0.2 s
     state = app.extensions["tasks"]
     reads: list[str] = []
     real_get = state.store.get
@@ -277,7 +278,7 @@ def test_status_reads_are_cached_briefly(make_app: AppFactory) -> None:
         for _ in range(5):
             assert client.get(f"/tasks/{handle.id}").get_json()["state"] == "queued"
         assert len(reads) == 1
-        time.sleep(0.35)  # a queued or running record is re-read after the interval
+        time.sleep(0.25)  # a queued or running record is re-read after the interval
         client.get(f"/tasks/{handle.id}")
         assert len(reads) == 2
         # cancelling through the API drops the cached copy at once
@@ -289,3 +290,37 @@ def test_status_reads_are_cached_briefly(make_app: AppFactory) -> None:
         assert len(reads) == before
     finally:
         del state.store.get
+
+
+def test_a_task_that_just_started_is_cached_for_half_its_age_at_most() -> None:
+    """A client polling right after ``delay()`` sees the end of a short task at once: the
+    cache keeps an unfinished record for half its age (capped by the interval)."""
+    import datetime
+    import time
+
+    from flask_tasks._cache import RecordCache
+    from flask_tasks.state import TaskRecord, TaskState
+
+    cache = RecordCache(running_ttl=0.2, finished_ttl=10)
+
+    def record(state: TaskState, **ages: float) -> TaskRecord:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        times = {key: now - datetime.timedelta(seconds=age) for key, age in ages.items()}
+        return TaskRecord(id=f"{state}-{sorted(ages.items())}", name="t", state=state, **times)
+
+    def kept_for(rec: TaskRecord) -> float:
+        start = time.monotonic()
+        cache.put(rec)
+        entry = cache._entries.get(rec.id)
+        return 0.0 if entry is None else entry[0] - start
+
+    fresh = record(TaskState.QUEUED, submitted_at=0.02, updated_at=0.02)
+    assert 0 < kept_for(fresh) <= 0.05  # about 0.01 s, against 0.2 s for an old one
+    started = record(TaskState.RUNNING, submitted_at=5, started_at=0.04, updated_at=0.0)
+    assert 0.01 < kept_for(started) <= 0.06  # from its start, not from when it was sent
+    long_running = record(TaskState.RUNNING, submitted_at=60, started_at=30, updated_at=0.0)
+    assert 0.19 < kept_for(long_running) <= 0.21  # the interval caps it
+    finished = record(TaskState.SUCCEEDED, submitted_at=0.01, updated_at=0.0)
+    assert 9.9 < kept_for(finished) <= 10.01  # a finished record never changes
+    ahead = record(TaskState.RUNNING, submitted_at=-1, started_at=-1, updated_at=0.0)
+    assert kept_for(ahead) == 0  # a worker clock ahead of ours: not cached at all

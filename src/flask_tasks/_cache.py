@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from collections import OrderedDict
@@ -13,10 +14,13 @@ from .state import TaskRecord
 class RecordCache:
     """Recently read records, kept briefly, so many clients polling costs few store reads.
 
-    A running task's record is kept ``running_ttl`` seconds: its progress is only written
-    every progress interval anyway. A finished record never changes, so it is kept
-    ``finished_ttl`` seconds (only a purge in another process can make it stale, for that
-    long). Unknown ids are not cached. Thread-safe, bounded to ``maxsize`` entries.
+    A queued or running task's record is kept ``running_ttl`` seconds at most (its progress
+    is only written every progress interval anyway), and never longer than half the time
+    since it was sent or started: a task that has just started may end within
+    milliseconds, and a client polling it then should see the end at once, while a long
+    task's pollers share one read per interval. A finished record never changes, so it is
+    kept ``finished_ttl`` seconds (only a purge in another process can make it stale, for
+    that long). Unknown ids are not cached. Thread-safe, bounded to ``maxsize`` entries.
     """
 
     def __init__(self, running_ttl: float, finished_ttl: float, maxsize: int = 4096) -> None:
@@ -37,7 +41,12 @@ class RecordCache:
         return entry[1]
 
     def put(self, record: TaskRecord) -> None:
-        ttl = self.finished_ttl if record.finished else self.running_ttl
+        if record.finished:
+            ttl = self.finished_ttl
+        else:
+            since = record.started_at or record.submitted_at
+            age = (datetime.datetime.now(datetime.timezone.utc) - since).total_seconds()
+            ttl = min(self.running_ttl, age / 2)  # a clock ahead of ours: not cached
         if ttl <= 0:
             return
         with self._lock:

@@ -119,9 +119,10 @@ class TasksState:
     def read(self, task_id: str) -> TaskRecord | None:
         """A record for a status read, possibly from this process's short-lived cache.
 
-        A running task's record may be up to the progress interval (0.2 s) old, which is
-        how often its progress is written anyway; a finished one up to 10 s (it never
-        changes, short of a purge).
+        A running task's record may be up to the progress interval (0.2 s at most) old,
+        which is how often its progress is written anyway, and never more than half its
+        age (see :class:`RecordCache`); a finished one up to 10 s (it never changes, short
+        of a purge).
         """
         record = self.cache.get(task_id)
         if record is None:
