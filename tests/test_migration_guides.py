@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from test_seed_examples import EXAMPLES, call, example_env, serving, wait_json, wait_record
+from test_seed_examples import (
+    EXAMPLES,
+    call,
+    cancel_once_started,
+    example_env,
+    serving,
+    wait_record,
+)
 from workers import ROOT
 
 GUIDES_DIR = ROOT / "docs" / "migrating"
@@ -272,14 +279,7 @@ def test_from_executor_example_runs_on_the_embedded_default(tmp_path: Path) -> N
         assert sent.headers["Location"] == sent.json()["status"] == f"/tasks/{task_id}"
 
         stopped_id = stopped.json()["id"]
-        wait_json(f"{base}/tasks/{stopped_id}", lambda record: record["progress"] is not None)
-        cancel = call(
-            f"{base}/tasks/{stopped_id}/cancel",
-            "POST",
-            body=b"{}",
-            headers={"Content-Type": "application/json"},
-        )
-        assert cancel.status == 202
+        cancel_once_started(base, stopped_id)
 
         record = wait_record(base, task_id)
         cancelled = wait_record(base, stopped_id)

@@ -90,6 +90,18 @@ def wait_record(base: str, task_id: str, timeout: float = 20) -> Any:
     return wait_json(f"{base}/tasks/{task_id}", lambda r: r["state"] in FINAL, timeout)
 
 
+def cancel_once_started(base: str, task_id: str) -> None:
+    """Cancel a task through the API once it has reported progress."""
+    wait_json(f"{base}/tasks/{task_id}", lambda record: record["progress"] is not None)
+    cancel = call(
+        f"{base}/tasks/{task_id}/cancel",
+        "POST",
+        body=b"{}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert cancel.status == 202
+
+
 def example_env(instance: Path, **extra: str) -> dict[str, str]:
     """The environment of an example's processes: an instance folder of the test's own."""
     return subprocess_env(INSTANCE_PATH=str(instance), **extra)
@@ -212,14 +224,7 @@ def test_seed002_deploy_reads_its_request_and_cancels(tmp_path: Path) -> None:
         assert done.status == stopped.status == 202
         assert call(f"{base}/servers/mainframe/deploy", "POST").status == 404
         stopped_id = stopped.json()["id"]
-        wait_json(f"{base}/tasks/{stopped_id}", lambda record: record["progress"] is not None)
-        cancel = call(
-            f"{base}/tasks/{stopped_id}/cancel",
-            "POST",
-            body=b"{}",
-            headers={"Content-Type": "application/json"},
-        )
-        assert cancel.status == 202
+        cancel_once_started(base, stopped_id)
         finished = wait_record(base, done.json()["id"])
         cancelled = wait_record(base, stopped_id)
         proc.wait_for("deploy of 2.4.1 to web-2 cancelled after")
