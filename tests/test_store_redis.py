@@ -23,6 +23,7 @@ from flask_tasks.state import Progress, TaskRecord, TaskState, utcnow
 from flask_tasks.store import create_store
 from flask_tasks.store.base import CancelOutcome, StartDecision, StoreError
 from flask_tasks.store.redis import RedisStore
+from test_store import record, success_meta
 
 pytestmark = pytest.mark.redis
 
@@ -57,34 +58,6 @@ def make_store(plain: redis.Redis) -> Iterator[Any]:
 def store(make_store: Any) -> RedisStore:
     made: RedisStore = make_store()
     return made
-
-
-def record(
-    task_id: str | None = None, *, owner: str | None = "alice", at: datetime.datetime | None = None
-) -> TaskRecord:
-    now = at or utcnow()
-    return TaskRecord(
-        id=task_id or str(uuid.uuid4()),
-        name="app.tasks.work",
-        state=TaskState.QUEUED,
-        submitted_at=now,
-        updated_at=now,
-        owner=owner,
-        queue="celery",
-    )
-
-
-def success_meta(task_id: str, value: Any) -> str:
-    return json.dumps(
-        {
-            "status": "SUCCESS",
-            "result": value,
-            "traceback": None,
-            "children": [],
-            "date_done": utcnow().isoformat(),
-            "task_id": task_id,
-        }
-    )
 
 
 def running(store: RedisStore, task_id: str, attempt: int = 1) -> StartDecision:

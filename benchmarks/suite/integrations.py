@@ -91,7 +91,8 @@ INTEGRATIONS: tuple[Integration, ...] = (
         ),
         status_note=(
             "its own route (the whole record); each web process caches records it "
-            "read: a finished one for 10 s, a queued or running one for 0.2 s (4,096 at most)"
+            "read: a finished one for 10 s, a queued or running one for half its age, 0.2 s "
+            "at most (4,096 at most)"
         ),
         workers=(
             WorkerSetup(
