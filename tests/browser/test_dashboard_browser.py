@@ -207,6 +207,24 @@ def test_the_retry_button(app: Flask, site: str, worker: None, page: Any) -> Non
     assert "owned by bob" in page.locator("#retry-help").inner_text()
 
 
+def test_a_task_that_ends_before_the_dashboard_script_runs_still_reloads(
+    app: Flask, site: str, worker: None, page: Any
+) -> None:
+    """The page's `<task-progress>` may see the end while dashboard.js is still loading (a
+    loaded machine): the script then finds the element final and reloads the page."""
+    task_id = send(app, import_rows, 10, 0.05, user="alice")
+
+    def hold_the_script(route: Any) -> None:
+        TaskChecks(app).wait(task_id)
+        time.sleep(1.0)  # and let the element's watch see the end
+        route.continue_()
+
+    page.route("**/dashboard.js", hold_the_script)
+    page.goto(f"{site}task/{task_id}")
+    page.wait_for_selector("h1 .state-succeeded", timeout=END)
+    assert page.locator("task-progress[data-reload-when-done]").count() == 0
+
+
 def test_retry_is_disabled_with_a_reason_for_a_task_that_never_started(
     app: Flask, site: str, page: Any
 ) -> None:

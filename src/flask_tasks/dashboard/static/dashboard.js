@@ -47,6 +47,13 @@ document.addEventListener("task-done", (event) => {
   }
 });
 
+// The element may have seen the end before this file ran (its first read can be answered
+// while this file is still loading): then its task-done event went by unheard.
+const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+for (const element of document.querySelectorAll("[data-reload-when-done]")) {
+  if (FINAL.has(element.getAttribute("state"))) window.location.reload();
+}
+
 async function retry(button) {
   const problem = button.closest("section")?.querySelector(".action-error");
   const label = button.textContent;
