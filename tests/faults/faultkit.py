@@ -151,7 +151,11 @@ class Faults:
 
     def worker(self, *args: str, concurrency: int = 2) -> Process:
         argv = flask("--app", APP, "tasks", "worker", "-l", "info", "-c", str(concurrency))
-        proc = Process([*argv, "--without-mingle", "--without-gossip", *args], self.env)
+        # A node name of its own: a worker killed here leaves its exclusive pidbox queue on
+        # RabbitMQ until the broker notices the dead connection, and a later worker under
+        # the same name (celery@<host>) would be refused it.
+        node = ["-n", f"faults-{uuid.uuid4().hex[:8]}@%h"]
+        proc = Process([*argv, *node, "--without-mingle", "--without-gossip", *args], self.env)
         self.workers.append(proc)
         proc.wait_for("ready.", timeout=60)
         return proc
