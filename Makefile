@@ -24,8 +24,11 @@ demo: $(STAMP)
 test: lint pytest
 
 # Two processes (pytest-xdist), whole files each: most tests wait on workers and browsers,
-# so this halves the wall time on a 2-core machine. PYTEST_ARGS= runs it serially.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# so this halves the wall time on a 2-core machine. PYTEST_ARGS= runs it serially, once.
+# A test that fails is run again up to twice (listed as "rerun" in the summary): on a
+# shared 2-core machine a worker or browser can miss a deadline; a real failure fails
+# all three times.
+PYTEST_ARGS ?= -n 2 --dist loadfile --reruns 2 --reruns-delay 1
 pytest: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
